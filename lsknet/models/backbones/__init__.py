@@ -1,0 +1,3 @@
+from .lsknet import LSKNet
+
+__all__ = ['LSKNet']

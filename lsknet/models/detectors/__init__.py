@@ -1,0 +1,3 @@
+from .kd_oriented_rcnn import KDOrientedRCNN
+
+__all__ = ['KDOrientedRCNN']

@@ -1,0 +1,3 @@
+from .rotated_convfc_bbox_head import RotatedShared2FCBBoxHead
+
+__all__ = ['RotatedShared2FCBBoxHead']
