@@ -97,3 +97,20 @@ def load_checkpoint_file(path: str, map_location: Any = 'cpu') -> Any:
         raise RuntimeError(
             f'failed to read checkpoint {path}: {error} (is the file complete '
             'and saved with torch.save?)') from error
+
+
+def _load_from_local_safely(filename: str, map_location: Any = None) -> Any:
+    return load_checkpoint_file(osp.expanduser(filename), map_location)
+
+
+def install_safe_local_loader() -> None:
+    """Make mmcv's ``load_checkpoint`` read local files with ``load_checkpoint_file``.
+
+    This covers ``load_from``, ``resume_from`` and ``tools/test.py`` alike. Remote
+    schemes (``http://``, ``torchvision://``, ``open-mmlab://``) keep mmcv's
+    loaders, which call ``torch.load`` unrestricted; download such files first to
+    load them safely.
+    """
+    from mmcv.runner import CheckpointLoader
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=_load_from_local_safely, force=True)
