@@ -7,7 +7,7 @@ mmrotate's registries; configs load it with
 It also makes mmcv read local checkpoints without running code from them
 (``lsknet.utils.checkpoint``).
 """
-from . import models  # noqa: F401 (registers the modules)
+from . import core, models  # noqa: F401 (registers the modules)
 from .utils.checkpoint import install_safe_local_loader
 from .version import __version__
 
