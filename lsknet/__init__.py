@@ -8,6 +8,7 @@ It also makes mmcv read local checkpoints without running code from them
 (``lsknet.utils.checkpoint``).
 """
 from . import core, models  # noqa: F401 (registers the modules)
+from . import datasets  # noqa: F401
 from .utils.checkpoint import install_safe_local_loader
 from .version import __version__
 

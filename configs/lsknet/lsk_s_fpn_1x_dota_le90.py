@@ -12,5 +12,7 @@ model = dict(
     neck=dict(in_channels=[64, 128, 320, 512]))
 
 data = dict(samples_per_gpu=1, workers_per_gpu=1)
-# lr 1e-4 is for 8 GPUs x 1 image; scale it linearly with the total batch size.
+# lr 1e-4 is for 8 GPUs x 1 image; scale it linearly with the total batch size,
+# or pass --auto-scale-lr to tools/train.py.
+auto_scale_lr = dict(enable=False, base_batch_size=8)
 optimizer = dict(lr=0.0001)

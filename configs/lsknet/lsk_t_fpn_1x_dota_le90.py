@@ -5,8 +5,8 @@ _base_ = [
 ]
 
 angle_version = 'le90'
-# SyncBN needs a process group; tools/train.py converts it to BN when run
-# without a launcher (one process, or the CPU).
+# SyncBN needs a process group and CUDA; tools/train.py converts it to BN
+# unless the run is distributed on GPUs.
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
     type='OrientedRCNN',
@@ -129,7 +129,9 @@ model = dict(
             max_per_img=2000)))
 
 data = dict(samples_per_gpu=2, workers_per_gpu=2)
-# lr 2e-4 is for 8 GPUs x 2 images; scale it linearly with the total batch size.
+# lr 2e-4 is for 8 GPUs x 2 images; scale it linearly with the total batch size,
+# or pass --auto-scale-lr to tools/train.py.
+auto_scale_lr = dict(enable=False, base_batch_size=16)
 optimizer = dict(
     _delete_=True,
     type='AdamW',
