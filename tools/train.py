@@ -11,6 +11,7 @@ import argparse
 import copy
 import os
 import os.path as osp
+import re
 import sys
 import time
 
@@ -141,13 +142,16 @@ def build_model(cfg: Config):
         return build_detector(
             cfg.model, train_cfg=cfg.get('train_cfg'), test_cfg=cfg.get('test_cfg'))
     except KeyError as error:
-        message = str(error.args[0]) if error.args else ''
-        if 'is not in the' not in message:
+        # mmcv nests the registry's message in one layer of quotes per parent
+        # module, so pick out the innermost "X is not in the Y registry".
+        unknown = re.search(r'([\w.]+) is not in the (\w+) registry', str(error))
+        if unknown is None:
             raise
         raise SystemExit(
-            f'error: {message}. Check the spelling of the type name in the '
-            'config, and that the config imports lsknet with custom_imports = '
-            "dict(imports=['lsknet'], allow_failed_imports=False)") from error
+            f"error: unknown type '{unknown[1]}' in the config (not in the "
+            f'{unknown[2]} registry). Check its spelling, and that the config '
+            "imports lsknet with custom_imports = dict(imports=['lsknet'], "
+            'allow_failed_imports=False)') from error
 
 
 def main(argv=None) -> None:
