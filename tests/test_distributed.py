@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from kd_helpers import KD_CONFIG, STUDENT_CONFIG
+from tool_runner import run_tool, train_records
 
 TESTS_DIR = osp.dirname(osp.abspath(__file__))
 
@@ -79,26 +80,6 @@ def script_env(**extra):
     return env
 
 
-def run_script(repo_root, args, env, timeout=900):
-    completed = subprocess.run(args,
-                               cwd=repo_root,
-                               env=env,
-                               capture_output=True,
-                               text=True,
-                               timeout=timeout)
-    output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, f'{args[0]} failed:\n{output[-6000:]}'
-    return output
-
-
-def train_records(work_dir):
-    records = []
-    for log_path in sorted(work_dir.glob('*.log.json')):
-        with open(log_path) as log_file:
-            records += [json.loads(line) for line in log_file]
-    return [record for record in records if record.get('mode') == 'train']
-
-
 def assert_same_state(first, second):
     assert first.keys() == second.keys()
     for name in first:
@@ -112,10 +93,11 @@ def torchrun_run(tmp_path_factory, repo_root, dota_patch_root):
     probe_dir.mkdir()
     work_dir = tmp_path / 'work_dir'
     config = write_config(tmp_path, dota_patch_root, probe_dir)
-    run_script(repo_root, [
+    run_tool(
+        repo_root,
         'bash', 'tools/dist_train.sh', config, '2', '--work-dir',
-        str(work_dir), '--no-validate', '--seed', '0'
-    ], script_env(PORT=str(free_port())))
+        str(work_dir), '--no-validate', '--seed', '0',
+        env=script_env(PORT=str(free_port())))
     return work_dir, probe_dir
 
 
@@ -204,10 +186,11 @@ def test_slurm_scripts_build_srun_commands_and_run(tmp_path, repo_root,
         CPUS_PER_TASK='3',
         SRUN_ARGS='--quotatype=auto --time=10')
 
-    run_script(repo_root, [
+    run_tool(
+        repo_root,
         'bash', 'tools/slurm_train.sh', 'gpu_partition', 'lsk_kd', config,
-        str(work_dir), '--no-validate', '--seed', '0'
-    ], env)
+        str(work_dir), '--no-validate', '--seed', '0',
+        env=env)
 
     srun_args = json.loads(srun_log.read_text())
     assert srun_args[:2] == ['-p', 'gpu_partition']
@@ -222,7 +205,8 @@ def test_slurm_scripts_build_srun_commands_and_run(tmp_path, repo_root,
     assert (work_dir / 'epoch_1.pth').exists()
 
     env.update(GPUS='1', GPUS_PER_NODE='1', MASTER_PORT=str(free_port()))
-    output = run_script(repo_root, [
+    output = run_tool(
+        repo_root,
         'bash', 'tools/slurm_test.sh', 'gpu_partition', 'lsk_test',
         STUDENT_CONFIG,
         str(work_dir / 'epoch_1.pth'), '--format-only', '--eval-options',
@@ -230,8 +214,8 @@ def test_slurm_scripts_build_srun_commands_and_run(tmp_path, repo_root,
         f'data.test.ann_file={dota_patch_root}/images/',
         f'data.test.img_prefix={dota_patch_root}/images/',
         'data.test.pipeline.1.img_scale=(256,256)',
-        'model.test_cfg.rcnn.score_thr=0.0'
-    ], env)
+        'model.test_cfg.rcnn.score_thr=0.0',
+        env=env)
     srun_args = json.loads(srun_log.read_text())
     assert '--job-name=lsk_test' in srun_args
     assert '--launcher=slurm' in srun_args
@@ -267,7 +251,7 @@ def test_sigkill_mid_epoch_then_auto_resume(tmp_path, repo_root,
     assert not (work_dir / 'epoch_2.pth').exists()
     saved = torch.load(work_dir / 'epoch_1.pth', map_location='cpu')
 
-    run_script(repo_root, command, env)
+    run_tool(repo_root, *command[1:], env=env)
 
     resumed = torch.load(probe_dir / 'start_rank0.pth')
     assert resumed['epoch'] == saved['meta']['epoch'] == 1

@@ -4,16 +4,14 @@ The teacher is the shipped LSKNet-S config with freshly initialised weights save
 as its checkpoint, so the run exercises loading exactly as users do, minus the
 hours of teacher training. Images are resized to 256 px to keep CPU steps short.
 """
-import json
 import math
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from kd_helpers import KD_CONFIG, STUDENT_CONFIG, TEACHER_CONFIG, build, plain_model_cfg
+from tool_runner import run_tool, train_records
 
 SMALL_RUN_OPTIONS = [
     'model.backbone.init_cfg=None',
@@ -29,25 +27,6 @@ SMALL_RUN_OPTIONS = [
     'data.test.pipeline.1.img_scale=(256,256)',
     'log_config.interval=1',
 ]
-
-
-def run_tool(repo_root, *args):
-    completed = subprocess.run([sys.executable, *args],
-                               cwd=repo_root,
-                               capture_output=True,
-                               text=True,
-                               timeout=900)
-    output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, f'{args[0]} failed:\n{output[-6000:]}'
-    return output
-
-
-def train_records(work_dir):
-    records = []
-    for log_path in sorted(work_dir.glob('*.log.json')):
-        with open(log_path) as log_file:
-            records += [json.loads(line) for line in log_file]
-    return [record for record in records if record.get('mode') == 'train']
 
 
 @pytest.fixture(scope='module')

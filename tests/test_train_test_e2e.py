@@ -9,11 +9,11 @@ import json
 import math
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from tool_runner import run_tool
 
 CONFIG = 'configs/lsknet/lsk_t_fpn_1x_dota_le90.py'
 NUM_TRAIN_ITERS = 3
@@ -39,18 +39,6 @@ SPEED_OPTIONS = [
     'data.train.pipeline.2.img_scale=(256,256)',
     'data.test.pipeline.1.img_scale=(256,256)',
 ]
-
-
-def run_tool(repo_root, *args):
-    """Run a repository script with this interpreter; fail with its output on error."""
-    completed = subprocess.run([sys.executable, *args],
-                               cwd=repo_root,
-                               capture_output=True,
-                               text=True,
-                               timeout=600)
-    output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, f'{args[0]} failed:\n{output[-6000:]}'
-    return output
 
 
 @pytest.fixture(scope='module')
