@@ -184,24 +184,56 @@ class KDOrientedRCNN(OrientedRCNN):
         Returns:
             Tensor: (num_rois, num_classes + 1) fp32 logits, without autograd.
         """
+        roi_head = self.teacher.roi_head
+        # mmcv 1.7.2's RoIAlignRotated has no bf16 kernel and expects the RoIs
+        # in the features' dtype, so under teacher_fp16 it gets fp32 copies of
+        # the levels it samples, freed on return. In fp32, .float() copies nothing.
+        num_levels = roi_head.bbox_roi_extractor.num_inputs
+        roi_feats = [feat.float() for feat in teacher_feats[:num_levels]]
         with self._teacher_autocast(rois.device):
-            bbox_results = self.teacher.roi_head._bbox_forward(teacher_feats, rois)
+            bbox_results = roi_head._bbox_forward(roi_feats, rois)
         return bbox_results['cls_score'].float()
 
-    def _teacher_autocast(self, device: torch.device):
-        """Return the autocast context for the teacher on ``device``."""
-        if not self.teacher_fp16:
-            return torch.autocast(device_type=device.type, enabled=False)
-        if device.type != 'cuda':
-            if not self._warned_teacher_fp16_on_cpu:
-                get_root_logger().warning(
-                    'teacher_fp16=True has no effect on the CPU; the teacher '
-                    'runs in fp32')
-                self._warned_teacher_fp16_on_cpu = True
-            return torch.autocast(device_type=device.type, enabled=False)
-        dtype = (torch.bfloat16
-                 if torch.cuda.is_bf16_supported() else torch.float16)
-        return torch.autocast(device_type='cuda', dtype=dtype)
+    def _teacher_autocast(self, device: torch.device) -> torch.autocast:
+        """Return the autocast context for the teacher on ``device``.
+
+        ``teacher_fp16`` takes effect on CUDA only, in bf16 where the GPU supports
+        it and fp16 otherwise. On other devices it is ignored with one warning.
+        """
+        enabled = self.teacher_fp16 and device.type == 'cuda'
+        if self.teacher_fp16 and not enabled and \
+                not self._warned_teacher_fp16_on_cpu:
+            get_root_logger().warning(
+                'teacher_fp16=True has no effect on the CPU; the teacher '
+                'runs in fp32')
+            self._warned_teacher_fp16_on_cpu = True
+
+        dtype = None
+        if enabled:
+            dtype = (torch.bfloat16
+                     if torch.cuda.is_bf16_supported() else torch.float16)
+        return teacher_autocast(device.type, enabled, dtype)
+
+
+def teacher_autocast(device_type: str,
+                     enabled: bool,
+                     dtype: Optional[torch.dtype] = None) -> torch.autocast:
+    """Return the autocast context the teacher's forward pass runs in.
+
+    Args:
+        device_type (str): ``'cuda'`` or ``'cpu'``, as ``torch.autocast`` takes it.
+        enabled (bool): whether to run in ``dtype``. When False, the context
+            also switches off any autocast the caller entered, so the teacher
+            runs in fp32.
+        dtype (torch.dtype, optional): ``torch.float16`` or ``torch.bfloat16``;
+            None takes autocast's default for the device.
+
+    Returns:
+        torch.autocast: the context manager.
+    """
+    if not enabled:
+        return torch.autocast(device_type=device_type, enabled=False)
+    return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 def _as_kd_roi_head(roi_head: dict) -> dict:
