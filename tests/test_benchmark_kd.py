@@ -26,10 +26,11 @@ from lsknet.models.detectors.kd_oriented_rcnn import teacher_autocast
 
 TOOL = osp.join(REPO_ROOT, 'tools', 'analysis_tools', 'benchmark_kd.py')
 # A tiny run: one image of 128 px, 64 sampled RoIs, 200 proposals, one
-# iteration of everything, the three memory subprocesses side by side.
+# iteration of everything, the three memory subprocesses side by side, and the
+# operator counts.
 SMOKE_ARGS = [
     '--img-size', '128', '--batch', '1', '--iters', '1', '--warmup', '0',
-    '--mem-iters', '1', '--mem-jobs', '3', '--cfg-options',
+    '--mem-iters', '1', '--mem-jobs', '3', '--count-ops', '--cfg-options',
     'model.train_cfg.rcnn.sampler.num=64',
     'model.train_cfg.rpn_proposal.max_per_img=200',
     'model.test_cfg.rpn.max_per_img=200'
@@ -37,6 +38,9 @@ SMOKE_ARGS = [
 SMOKE_SAMPLED_ROIS = 64
 SMOKE_TIMEOUT_S = 300
 CASES = ('student_step', 'teacher_forward', 'kd_step')
+# Their call counts do not depend on which pyramid level each RoI maps to.
+DENSE_OPERATORS = ('aten::convolution', 'aten::convolution_backward',
+                   'aten::addmm', 'aten::mm')
 # Teacher inputs of the in-process tests.
 IMAGE_SIZE = 128
 NUM_ROIS = 64
@@ -196,6 +200,18 @@ def test_smoke_report_counts_student_below_teacher(smoke_run):
     assert student['gflops'] < teacher['gflops']
     assert report['inference']['student']['images_per_s'] > 0
     assert report['inference']['teacher']['images_per_s'] > 0
+
+
+def test_smoke_kd_step_adds_no_dense_operators(smoke_run):
+    output, report = smoke_run
+    compute = report['operators']['compute']
+
+    assert 'Operator calls' in output
+    for operator in DENSE_OPERATORS:
+        calls = compute[operator]
+        assert calls['student_step'] > 0, operator
+        assert calls['kd_step'] == (calls['student_step'] +
+                                    calls['teacher_forward']), operator
 
 
 def test_generated_batch_holds_valid_le90_boxes():

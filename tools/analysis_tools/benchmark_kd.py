@@ -82,9 +82,16 @@ DUMMY_PROPOSALS = 1000
 # img_norm_cfg.
 DEFAULT_IMG_NORM_CFG = dict(
     mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+# Names of the label folder beside images/, tried in this order.
+ANNOTATION_DIRS = ('labelTxt', 'annfiles')
 MIB = 1024.0 * 1024.0
 # Writing this to /proc/self/clear_refs resets the process's VmHWM (Linux >= 4.0).
 RESET_PEAK_RSS = '5'
+# Operators that do the bulk of the arithmetic, compared by --count-ops.
+COMPUTE_OPERATORS = ('aten::convolution', 'aten::convolution_backward',
+                     'aten::addmm', 'aten::mm', 'RoIAlignRotatedFunction',
+                     'RoIAlignRotatedFunctionBackward')
+MAX_LISTED_OPERATORS = 12
 # A load average above this fraction of the cores makes the report warn that
 # other processes distort the timings.
 BUSY_LOAD_PER_CORE = 0.6
@@ -114,9 +121,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
                         help='where the models run (default: cpu)')
     parser.add_argument('--data-root',
-                        help='folder with images/ and labelTxt/ of DOTA '
-                        'patches; without it, generated images with random '
-                        'rotated boxes are used')
+                        help='folder of DOTA patches with images/ and '
+                        'labelTxt/ (or annfiles/). Without it, generated images '
+                        'with random rotated boxes are used')
     parser.add_argument('--teacher-ckpt',
                         help='teacher checkpoint. Without it the teacher keeps '
                         'random weights (allow_random_teacher=True), which does '
@@ -124,6 +131,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of the weights, inputs and every step '
                         '(default: 0)')
+    parser.add_argument('--count-ops', action='store_true',
+                        help='also run each case once under torch.profiler '
+                        'and compare operator call counts, which unlike '
+                        'timings do not depend on the machine\'s load')
     parser.add_argument('--json', help='also write the report to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys in xxx=yyy form, e.g. '
@@ -144,12 +155,26 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error('--device cuda was requested but torch finds no CUDA '
                      'device; run with --device cpu')
     if args.data_root is not None:
-        for sub_dir in ('images', 'labelTxt'):
-            if not osp.isdir(osp.join(args.data_root, sub_dir)):
-                parser.error(f'--data-root {args.data_root} has no {sub_dir}/ '
-                             'folder; pass a folder of DOTA patches with '
-                             'images/ and labelTxt/')
+        if not osp.isdir(osp.join(args.data_root, 'images')):
+            parser.error(f'--data-root {args.data_root} has no images/ folder; '
+                         'pass a folder of DOTA patches with images/ and '
+                         'labelTxt/ (or annfiles/)')
+        if annotation_dir(args.data_root) is None:
+            parser.error(f'--data-root {args.data_root} has neither labelTxt/ '
+                         'nor annfiles/; pass a folder of DOTA patches with '
+                         'images/ and one of them')
     return args
+
+
+def annotation_dir(data_root: str) -> Optional[str]:
+    """Return the folder of DOTA label files under ``data_root``, if any.
+
+    DOTA itself names it labelTxt/, and tools/data/dota/split_dota.py annfiles/.
+    """
+    for name in ANNOTATION_DIRS:
+        if osp.isdir(osp.join(data_root, name)):
+            return osp.join(data_root, name)
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -207,7 +232,7 @@ def load_dota_batch(data_root: str, cfg: Config, img_size: int,
     dataset = build_dataset(
         dict(
             type='DOTADataset',
-            ann_file=osp.join(data_root, 'labelTxt') + '/',
+            ann_file=annotation_dir(data_root) + '/',
             img_prefix=osp.join(data_root, 'images') + '/',
             version=version,
             pipeline=[
@@ -225,7 +250,8 @@ def load_dota_batch(data_root: str, cfg: Config, img_size: int,
             ]))
     if len(dataset) == 0:
         raise ValueError(f'no annotated DOTA images found under {data_root}; '
-                         'check that labelTxt/ contains a label file per image')
+                         'check that its label folder contains a label file '
+                         'per image')
 
     # With fewer patches than the batch, patches repeat.
     samples = [dataset[index % len(dataset)] for index in range(batch_size)]
@@ -687,6 +713,48 @@ def time_inference(models: Dict[str, torch.nn.Module], batch: dict,
     return results
 
 
+def count_operators(setup: BenchmarkSetup) -> Dict[str, Dict[str, int]]:
+    """Run each case once under torch.profiler and count its operator calls.
+
+    Returns:
+        dict[str, dict[str, int]]: calls per operator name, for each case.
+    """
+    counts = {}
+    for name in CASES:
+        seed_everything(setup.args.seed)
+        with torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            setup.case(name)()
+        counts[name] = {
+            event.key: event.count
+            for event in profiler.key_averages()
+        }
+    return counts
+
+
+def operator_report(counts: Dict[str, Dict[str, int]]) -> dict:
+    """Compare the distillation step's operator calls with (a) plus (b).
+
+    Returns:
+        dict: ``compute``, the calls of COMPUTE_OPERATORS per case, and
+        ``extra``, the operators that (c) calls more often than (a) and (b)
+        together, with the excess, most frequent first.
+    """
+    compute = {
+        operator: {name: counts[name].get(operator, 0)
+                   for name in CASES}
+        for operator in COMPUTE_OPERATORS
+    }
+    excess = {}
+    for operator, kd_calls in counts['kd_step'].items():
+        floor_calls = (counts['student_step'].get(operator, 0) +
+                       counts['teacher_forward'].get(operator, 0))
+        if kd_calls > floor_calls:
+            excess[operator] = kd_calls - floor_calls
+    extra = sorted(excess.items(), key=lambda item: -item[1])
+    return dict(compute=compute, extra=extra[:MAX_LISTED_OPERATORS])
+
+
 # --------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------
@@ -823,6 +891,26 @@ def model_lines(report: dict) -> List[str]:
     return lines
 
 
+def operator_lines(report: dict) -> List[str]:
+    if 'operators' not in report:
+        return []
+    operators = report['operators']
+    lines = ['', 'Operator calls, one run of each case (torch.profiler)']
+    lines.append(f'  {"operator":34s} {"(a)":>6s} {"(b)":>6s} {"(c)":>6s} '
+                 f'{"c-a-b":>6s}')
+    for operator, calls in operators['compute'].items():
+        difference = (calls['kd_step'] - calls['student_step'] -
+                      calls['teacher_forward'])
+        lines.append(f'  {operator:34s} {calls["student_step"]:6d} '
+                     f'{calls["teacher_forward"]:6d} {calls["kd_step"]:6d} '
+                     f'{difference:+6d}')
+    extra = ', '.join(f'{operator} +{count}'
+                      for operator, count in operators['extra'])
+    lines.append(f'  called more often in (c) than in (a) + (b): '
+                 f'{extra or "none"}')
+    return lines
+
+
 def target_lines(report: dict) -> List[str]:
     time_target = report['targets']['time']
     memory_target = report['targets']['memory']
@@ -844,7 +932,7 @@ def target_lines(report: dict) -> List[str]:
 def format_report(report: dict) -> str:
     return '\n'.join(
         header_lines(report) + timing_lines(report) + memory_lines(report) +
-        model_lines(report) + target_lines(report))
+        model_lines(report) + operator_lines(report) + target_lines(report))
 
 
 def all_finite(value) -> bool:
@@ -870,6 +958,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     student_time = timing['student_step']['median']
     teacher_time = timing['teacher_forward']['median']
     kd_time = timing['kd_step']['median']
+
+    # Before the inference timing, which puts the student in eval mode.
+    operators = None
+    if args.count_ops:
+        operators = operator_report(count_operators(setup))
 
     memory = memory_report(measure_memory(args, setup.rois), args.device)
 
@@ -929,6 +1022,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 value=memory['increment']['kd_step'],
                 limit=memory['kd_bound'],
                 passed=memory['increment']['kd_step'] <= memory['kd_bound'])))
+    if operators is not None:
+        report['operators'] = operators
     report['all_finite'] = all_finite(report)
     return report
 

@@ -263,11 +263,14 @@ def run_command(command: List[str], log_path: str, progress: Progress,
             end of its output.
     """
     env = dict(os.environ, PYTHONUNBUFFERED='1', MPLBACKEND='Agg')
-    # OpenMP threads that spin while waiting lose whole time slices when other
-    # processes share the cores. With sleeping threads, a forward and backward
-    # pass of the demo's LSKNet-T took 4-10 s instead of 23-49 s on 2 cores
-    # shared with two other training processes.
-    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    # libgomp's threads (torch's CPU wheels use it) spin for 300000 rounds before
+    # sleeping, which wastes whole time slices when other processes share the
+    # cores. Measured on 2 cores for one forward and backward pass of the demo's
+    # LSKNet-T: 1.1-1.2 s on idle cores with either spin count, but 3.7-4.9 s
+    # with 20000 rounds and 7.1-8.6 s with the default next to one other
+    # training process.
+    if 'OMP_WAIT_POLICY' not in env:
+        env.setdefault('GOMP_SPINCOUNT', '20000')
     with open(log_path, 'w', encoding='utf-8') as log_file:
         log_file.write(f'$ {shlex.join(command)}\n\n')
         log_file.flush()
