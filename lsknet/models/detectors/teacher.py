@@ -161,7 +161,7 @@ def load_teacher_weights(teacher: nn.Module, checkpoint_path: str) -> None:
     expected = teacher.state_dict()
     ema_state_dict = select_ema_weights(state_dict, expected)
     if ema_state_dict is not None:
-        logger.info(f'teacher checkpoint {checkpoint_path} holds EMA weights; '
+        logger.info(f'teacher checkpoint {checkpoint_path} contains EMA weights; '
                     'loading the EMA copy')
         state_dict = ema_state_dict
     else:
