@@ -335,9 +335,9 @@ def prepare_dota_patches(out_dir: str, data_root: str, patch_size: int,
                          'into patches with it')
     patch_dir = osp.join(out_dir, 'data', 'patches')
     command = [
-        sys.executable, SPLIT_SCRIPT, 'ss_trainval', '--img-dirs', img_dir,
-        '--ann-dirs', ann_dir, '--save-dir', patch_dir, '--nproc', '1',
-        '--sizes', str(patch_size), '--gaps', str(patch_size // 4)
+        sys.executable, SPLIT_SCRIPT, '--config', 'ss_trainval', '--img-dirs',
+        img_dir, '--ann-dirs', ann_dir, '--save-dir', patch_dir, '--nproc', '1',
+        '--sizes', str(patch_size), '--gaps', str(patch_size // 4), '--rates', '1.0'
     ]
     run_command(command, osp.join(out_dir, 'logs', '1_split_dota.log'), progress,
                 verbose)
