@@ -23,8 +23,8 @@ def init_distributed(launcher: str, backend: str = 'nccl', **kwargs) -> None:
     variables instead (for SLURM, derived from its ``SLURM_*`` variables),
     regardless of ``backend``. Nothing is logged here,
     because mmcv's logger silences ranks other than 0 only when it is first
-    created after this call; ``torch.distributed.get_backend()`` tells which
-    backend was chosen.
+    created after this call; ``torch.distributed.get_backend()`` returns the
+    backend that was chosen.
 
     Args:
         launcher (str): ``'pytorch'`` (torchrun), ``'slurm'`` or ``'mpi'``.

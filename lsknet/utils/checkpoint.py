@@ -3,7 +3,7 @@
 ``torch.load`` unpickles, and a crafted pickle can call any importable function
 while it loads. Teacher, pretrained and resume checkpoints therefore go through
 ``load_checkpoint_file``: first torch's own ``weights_only`` loader, then, for mmcv
-checkpoints whose ``meta`` holds NumPy values (``best_score`` of the eval hook, for
+checkpoints whose ``meta`` contains NumPy values (``best_score`` of the eval hook, for
 example), an unpickler that resolves only the names in ``ALLOWED_GLOBALS``.
 """
 import os.path as osp
